@@ -1,0 +1,85 @@
+"""The network, its loss and its closed-form gradient, as pure tensor functions.
+
+The network is ``f(x) = sum_j a_j relu(<w_j, x>)`` with ``m`` hidden neurons, no
+biases and fixed output weights ``a_j``. Every function takes a leading
+ensemble dimension ``S`` so that ``S`` independent networks train at once.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from torch import Tensor
+
+
+def init_weights(width: int, input_dim: int, init_scale: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Draw the output weights and the initial hidden weights of one network.
+
+    The output weights ``a_j`` are i.i.d. uniform on ``{+1/sqrt(m), -1/sqrt(m)}``
+    and the hidden weights ``w_j`` are i.i.d. ``N(0, init_scale^2 I_p)``, drawn in
+    that order from ``generator`` in float64.
+
+    Returns:
+        ``(output_weights, hidden_weights)`` with shapes ``(m,)`` and ``(m, p)``.
+    """
+    signs = 2.0 * torch.randint(2, (width,), generator=generator).to(torch.float64) - 1.0
+    output_weights = signs / math.sqrt(width)
+    hidden_weights = init_scale * torch.randn(width, input_dim, generator=generator, dtype=torch.float64)
+    return output_weights, hidden_weights
+
+
+def network_outputs(preactivations: Tensor, output_weights: Tensor) -> Tensor:
+    """Compute ``f(x_i) = sum_j a_j relu(z_ji)`` from preactivations ``z_ji = <w_j, x_i>``.
+
+    Args:
+        preactivations: ``(S, m, N)``.
+        output_weights: ``(S, m)``.
+
+    Returns:
+        ``(S, N)``.
+    """
+    return einsum(output_weights, torch.relu(preactivations), "s m, s m n -> s n")
+
+
+def logistic_loss(outputs: Tensor, labels: Tensor) -> Tensor:
+    """Compute the mean logistic loss ``(1/N) sum_i log(1 + exp(-y_i f(x_i)))`` of each member.
+
+    Args:
+        outputs: ``(S, N)``, the values ``f(x_i)``.
+        labels: ``(S, N)`` in ``{-1, +1}``.
+
+    Returns:
+        ``(S,)``.
+    """
+    return F.softplus(-labels * outputs).mean(dim=-1)
+
+
+def output_gradient(outputs: Tensor, labels: Tensor, num_points: int) -> Tensor:
+    """Compute ``dL/df(x_i) = -y_i sigmoid(-y_i f(x_i)) / n`` for the mean logistic loss.
+
+    Uses ``l'(z) = -1 / (1 + exp(z)) = -sigmoid(-z)`` for ``l(z) = log(1 + exp(-z))``.
+    ``num_points`` is the ``n`` of the mean, which under data parallelism is the
+    total over all processes, not the local shard size.
+
+    Returns:
+        ``(S, N)``.
+    """
+    return -labels * torch.sigmoid(-labels * outputs) / num_points
+
+
+def preactivation_gradient(preactivations: Tensor, output_weights: Tensor, output_grad: Tensor) -> Tensor:
+    """Compute ``G = dL/dZ`` with ``G_ji = a_j relu'(z_ji) dL/df(x_i)`` and ``relu'(0) = 0``.
+
+    The gradient of the loss in the hidden weights is then ``dL/dW = G X``.
+
+    Args:
+        preactivations: ``(S, m, N)``.
+        output_weights: ``(S, m)``.
+        output_grad: ``(S, N)``, from :func:`output_gradient`.
+
+    Returns:
+        ``(S, m, N)``.
+    """
+    active = (preactivations > 0).to(preactivations.dtype)
+    return einsum(output_weights, active, output_grad, "s m, s m n, s n -> s m n")

@@ -1,0 +1,255 @@
+"""Two-layer ReLU networks trained by full-batch gradient descent, as LightningModules.
+
+:class:`XORNetwork` holds what every parametrization shares: the fixed output
+weights, the metrics, the logging schedule and the step semantics. The value
+logged at step ``t`` describes the weights ``W(t)`` after ``t`` GD steps, and
+step 0, the initialization, is logged. A run of ``trainer.max_steps = T`` steps
+logs steps ``0, ..., T``: batch ``t`` measures ``W(t)`` and then steps, and the
+final weights ``W(T)`` are measured when the epoch ends.
+
+:class:`DenseXORNetwork` stores ``W`` as an ``(S, m, p)`` parameter and steps it
+with autograd and ``torch.optim.SGD``; it is the reference implementation.
+"""
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from einops import einsum
+from torch import Tensor, nn
+from torchmetrics.classification import BinaryAccuracy
+
+from lightning_grok.functional import init_weights, logistic_loss, network_outputs
+from lightning_grok.validation import check_range
+from probes.schedule import ScheduleMode, StepSchedule
+from probes.stats import ensemble_summary, log_ensembles
+
+_IGNORE = -1  # target value that BinaryAccuracy skips, used to restrict to a subset of points
+
+# Tags shown on the progress bar; every tag is also logged to every logger.
+_PROGRESS_BAR_TAGS = {"train/loss", "train/acc", "test/acc"}
+
+
+def check_model_settings(
+    input_dim: int = 2,
+    width: int = 1,
+    init_scale: float = 0.0,
+    lr: float = 1.0,
+    seed: int = 0,
+    num_seeds: int = 1,
+    test_schedule: str = "every",
+    test_every: int = 1,
+    test_per_decade: int = 1,
+    **other_settings: Any,
+) -> None:
+    """Raise ``ValueError`` naming the first model setting out of its allowed range.
+
+    The CLI calls this before instantiating anything, so that a bad value is
+    reported as a usage error; the constructor calls it too.
+    """
+    check_range("model.input_dim", input_dim, minimum=1, integer=True)
+    check_range("model.width", width, minimum=1, integer=True)
+    check_range("model.init_scale", init_scale, minimum=0.0)
+    check_range("model.lr", lr, minimum=0.0, exclusive=True)
+    check_range("model.seed", seed, minimum=0, integer=True)
+    check_range("model.num_seeds", num_seeds, minimum=1, integer=True)
+    check_range("model.test_every", test_every, minimum=1, integer=True)
+    check_range("model.test_per_decade", test_per_decade, minimum=1, integer=True)
+    if test_schedule not in ("every", "log"):
+        raise ValueError(f"model.test_schedule must be 'every' or 'log', got {test_schedule!r}")
+
+
+class XORNetwork(pl.LightningModule):
+    """Shared logic of ``S`` networks ``f(x) = sum_j a_j relu(<w_j, x>)`` trained by full-batch GD.
+
+    Subclasses provide :meth:`preactivations` and :meth:`gd_step`.
+
+    Args:
+        input_dim: the input dimension ``p``; linked from ``data.input_dim`` by the CLI.
+        width: the number of hidden neurons ``m``.
+        init_scale: ``omega_init``, the standard deviation of each initial hidden weight.
+        lr: the GD step size ``alpha``.
+        seed: the model seed of ensemble member 0; member ``s`` uses ``seed + s``.
+        num_seeds: ``S``; linked from ``data.num_seeds`` by the CLI.
+        test_schedule: ``"every"`` to measure test accuracy every ``test_every``
+            steps, ``"log"`` for ``test_per_decade`` log-spaced steps per factor of ten.
+            Steps 0, 1 and the last step are always measured.
+        test_every: the period of the ``"every"`` schedule, in steps.
+        test_per_decade: the density of the ``"log"`` schedule.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        width: int = 1000,
+        init_scale: float = 1e-15,
+        lr: float = 3e-15,
+        seed: int = 0,
+        num_seeds: int = 1,
+        test_schedule: ScheduleMode = "every",
+        test_every: int = 1,
+        test_per_decade: int = 10,
+    ) -> None:
+        super().__init__()
+        check_model_settings(
+            input_dim=input_dim, width=width, init_scale=init_scale, lr=lr, seed=seed, num_seeds=num_seeds,
+            test_schedule=test_schedule, test_every=test_every, test_per_decade=test_per_decade,
+        )
+        self.test_schedule = StepSchedule(test_schedule, every=test_every, per_decade=test_per_decade)
+        self.save_hyperparameters()
+
+        self.input_dim = input_dim
+        self.width = width
+        self.init_scale = init_scale
+        self.lr = lr
+        self.num_seeds = num_seeds
+        self._last_logged_step: int | None = None
+
+        draws = [init_weights(width, input_dim, init_scale, torch.Generator().manual_seed(seed + member))
+                 for member in range(num_seeds)]
+        self.register_buffer("output_weight", torch.stack([a for a, _ in draws]).float())  # (S, m)
+        self._initial_hidden_weights = [w for _, w in draws]  # (m, p) float64 each; subclasses consume them
+
+        accuracy = dict(multidim_average="samplewise", ignore_index=_IGNORE, validate_args=False)
+        self.accuracy = nn.ModuleDict({
+            name.replace("/", "_"): BinaryAccuracy(**accuracy)
+            for name in ("train/acc", "train/acc_flipped", "train/acc_unflipped", "test/acc", "test/acc_noisy")
+        })
+
+    # ---- what a parametrization provides -------------------------------------------------
+
+    def preactivations(self, inputs: Tensor) -> Tensor:
+        """Return ``<w_j, x>`` of shape ``(S, m, N)`` for inputs ``(S, N, p)``."""
+        raise NotImplementedError
+
+    def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Take one GD step on the training points of ``batch``.
+
+        Returns:
+            The training outputs ``(S, n)`` and the per-member loss ``(S,)`` of the
+            weights before the step, detached.
+        """
+        raise NotImplementedError
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Return the network outputs ``f(x)`` of shape ``(S, N)`` for inputs ``(S, N, p)``."""
+        return network_outputs(self.preactivations(inputs), self.output_weight)
+
+    # ---- training ------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        step = self.global_step  # the weights are W(step) until gd_step returns
+        test_outputs = None
+        if self.test_schedule.selects(step, self._last_step()):
+            with torch.no_grad():
+                test_outputs = self(batch["test_inputs"])
+        train_outputs, loss = self.gd_step(batch)
+        self._log_measurements(batch, step, train_outputs, loss, test_outputs, on_step=True)
+
+    def on_train_epoch_end(self) -> None:
+        # The last GD step has no batch after it, so W(T) is measured here.
+        if self.global_step >= self._last_step() and self._last_logged_step != self.global_step:
+            self._measure_and_log(self.trainer.datamodule.full_batch(), on_step=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._measure_and_log(batch, on_step=False)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._measure_and_log(batch, on_step=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["last_logged_step"] = self._last_logged_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed run continues after the last logged step instead of logging it twice.
+        self._last_logged_step = checkpoint.get("last_logged_step")
+
+    def _last_step(self) -> int:
+        return int(self.trainer.max_steps)
+
+    # ---- measurement ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _measure_and_log(self, batch: dict[str, Tensor], on_step: bool) -> None:
+        train_outputs = self(batch["train_inputs"])
+        loss = logistic_loss(train_outputs, batch["train_labels"])
+        test_outputs = self(batch["test_inputs"])
+        self._log_measurements(batch, self.global_step, train_outputs, loss, test_outputs, on_step=on_step)
+
+    @torch.no_grad()
+    def _log_measurements(
+        self,
+        batch: dict[str, Tensor],
+        step: int,
+        train_outputs: Tensor,
+        train_loss: Tensor,
+        test_outputs: Tensor | None,
+        on_step: bool,
+    ) -> None:
+        """Log the loss and accuracies of ``W(step)`` from its outputs ``(S, N)``."""
+        labels = batch["train_labels"]
+        flipped = batch["flip_mask"].bool()
+        values = {
+            "train/loss": train_loss,
+            "train/acc": self._accuracy("train/acc", train_outputs, labels),
+            "train/acc_flipped": self._accuracy("train/acc_flipped", train_outputs, labels, keep=flipped),
+            "train/acc_unflipped": self._accuracy("train/acc_unflipped", train_outputs, labels, keep=~flipped),
+        }
+        if test_outputs is not None:
+            values["test/acc"] = self._accuracy("test/acc", test_outputs, batch["test_labels"])
+            values["test/acc_noisy"] = self._accuracy("test/acc_noisy", test_outputs, batch["test_noisy_labels"])
+
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._last_logged_step = step
+            log_ensembles(self, values, step=step, prog_bar=_PROGRESS_BAR_TAGS, on_step=on_step, on_epoch=not on_step)
+        else:
+            # validate and test: Lightning logs the values once, at the end of the loop
+            for tag, per_member in values.items():
+                for name, value in ensemble_summary(tag, per_member).items():
+                    self.log(name, value, on_step=False, on_epoch=True, batch_size=1)
+
+    def _accuracy(self, tag: str, outputs: Tensor, labels: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Per-member accuracy of the hard predictions ``f(x) > 0``; NaN for a member with no kept point."""
+        metric = self.accuracy[tag.replace("/", "_")]
+        targets = (labels > 0).long()
+        if keep is not None:
+            targets = torch.where(keep, targets, _IGNORE)
+        metric.update((outputs > 0).long(), targets)
+        accuracy = metric.compute().reshape(outputs.shape[0])  # (S,); compute() squeezes S = 1
+        metric.reset()
+
+        if keep is not None:
+            empty = ~keep.any(dim=-1)
+            accuracy = torch.where(empty, torch.nan, accuracy)
+        return accuracy
+
+
+class DenseXORNetwork(XORNetwork):
+    """The reference parametrization: ``W`` is an ``(S, m, p)`` parameter stepped by ``torch.optim.SGD``.
+
+    Plain full-batch GD: no momentum, no weight decay, constant step size ``lr``,
+    gradients from autograd through the mean logistic loss of each member.
+    """
+
+    def __init__(self, input_dim: int, **kwargs: Any) -> None:
+        super().__init__(input_dim, **kwargs)
+        self.automatic_optimization = False
+        self.hidden_weight = nn.Parameter(torch.stack(self._initial_hidden_weights).float())  # (S, m, p)
+        del self._initial_hidden_weights
+
+    def preactivations(self, inputs: Tensor) -> Tensor:
+        return einsum(self.hidden_weight, inputs, "s m p, s n p -> s m n")
+
+    def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        optimizer = self.optimizers()
+        outputs = self(batch["train_inputs"])
+        loss = logistic_loss(outputs, batch["train_labels"])  # (S,)
+        # Members are independent, so the sum of their losses gives each member its own gradient.
+        optimizer.zero_grad()
+        self.manual_backward(loss.sum())
+        optimizer.step()
+        return outputs.detach(), loss.detach()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([self.hidden_weight], lr=self.lr, momentum=0.0, weight_decay=0.0)
