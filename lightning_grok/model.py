@@ -63,7 +63,8 @@ def check_model_settings(
 class XORNetwork(pl.LightningModule):
     """Shared logic of ``S`` networks ``f(x) = sum_j a_j relu(<w_j, x>)`` trained by full-batch GD.
 
-    Subclasses provide :meth:`preactivations` and :meth:`gd_step`.
+    Subclasses provide :meth:`split_outputs` and :meth:`gd_step`. A batch is the
+    dict that :meth:`XORClusterDataModule.full_batch` returns.
 
     Args:
         input_dim: the input dimension ``p``; linked from ``data.input_dim`` by the CLI.
@@ -119,8 +120,8 @@ class XORNetwork(pl.LightningModule):
 
     # ---- what a parametrization provides -------------------------------------------------
 
-    def preactivations(self, inputs: Tensor) -> Tensor:
-        """Return ``<w_j, x>`` of shape ``(S, m, N)`` for inputs ``(S, N, p)``."""
+    def split_outputs(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        """Return the outputs ``f(x)`` of shape ``(S, N)`` on the ``"train"`` or ``"test"`` inputs of ``batch``."""
         raise NotImplementedError
 
     def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -132,10 +133,6 @@ class XORNetwork(pl.LightningModule):
         """
         raise NotImplementedError
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        """Return the network outputs ``f(x)`` of shape ``(S, N)`` for inputs ``(S, N, p)``."""
-        return network_outputs(self.preactivations(inputs), self.output_weight)
-
     # ---- training ------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -143,7 +140,7 @@ class XORNetwork(pl.LightningModule):
         test_outputs = None
         if self.test_schedule.selects(step, self._last_step()):
             with torch.no_grad():
-                test_outputs = self(batch["test_inputs"])
+                test_outputs = self.split_outputs(batch, "test")
         train_outputs, loss = self.gd_step(batch)
         self._log_measurements(batch, step, train_outputs, loss, test_outputs, on_step=True)
 
@@ -172,9 +169,9 @@ class XORNetwork(pl.LightningModule):
 
     @torch.no_grad()
     def _measure_and_log(self, batch: dict[str, Tensor], on_step: bool) -> None:
-        train_outputs = self(batch["train_inputs"])
+        train_outputs = self.split_outputs(batch, "train")
         loss = logistic_loss(train_outputs, batch["train_labels"])
-        test_outputs = self(batch["test_inputs"])
+        test_outputs = self.split_outputs(batch, "test")
         self._log_measurements(batch, self.global_step, train_outputs, loss, test_outputs, on_step=on_step)
 
     @torch.no_grad()
@@ -238,8 +235,13 @@ class DenseXORNetwork(XORNetwork):
         self.hidden_weight = nn.Parameter(torch.stack(self._initial_hidden_weights).float())  # (S, m, p)
         del self._initial_hidden_weights
 
-    def preactivations(self, inputs: Tensor) -> Tensor:
-        return einsum(self.hidden_weight, inputs, "s m p, s n p -> s m n")
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Return the network outputs ``f(x)`` of shape ``(S, N)`` for inputs ``(S, N, p)``."""
+        preactivations = einsum(self.hidden_weight, inputs, "s m p, s n p -> s m n")
+        return network_outputs(preactivations, self.output_weight)
+
+    def split_outputs(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        return self(batch[f"{split}_inputs"])
 
     def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         optimizer = self.optimizers()
