@@ -9,7 +9,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_grok.assumptions import assumptions_markdown
 from lightning_grok.data import XORClusterDataModule
 from lightning_grok.model import XORNetwork, check_model_settings
 from lightning_grok.progress import GDProgressBar
@@ -69,6 +72,20 @@ class GrokCLI(LightningCLI):
             _exit_with_usage_error(
                 self.parser, f"trainer.max_steps must be an integer >= 1 (the number of GD steps), got {max_steps}"
             )
+        self._report_assumptions()
+
+    def _report_assumptions(self) -> None:
+        # Print which assumptions (A1)-(A6) of the grokking theorem of Xu et al.
+        # (ICLR 2024) these settings meet, see lightning_grok.assumptions, and
+        # keep the table with the run as a TensorBoard text event.
+        table = assumptions_markdown(self.datamodule, self.model)
+        if table is None:
+            return
+        rank_zero_info(f"Assumptions of the benign overfitting and grokking theorem:\n{table}")
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_text("assumptions", table, global_step=0)
 
 
 def _exit_with_usage_error(parser: ArgumentParser, message: str) -> None:

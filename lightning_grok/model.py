@@ -23,6 +23,7 @@ from torchmetrics.classification import BinaryAccuracy
 from lightning_grok.functional import init_weights, logistic_loss, network_outputs
 from lightning_grok.validation import check_range
 from probes.schedule import ScheduleMode, StepSchedule
+from probes.snapshot import NetworkSnapshot, dense_snapshot
 from probes.stats import ensemble_summary, log_ensembles
 
 _IGNORE = -1  # target value that BinaryAccuracy skips, used to restrict to a subset of points
@@ -104,19 +105,36 @@ class XORNetwork(pl.LightningModule):
         self.width = width
         self.init_scale = init_scale
         self.lr = lr
+        self.seed = seed
         self.num_seeds = num_seeds
         self._last_logged_step: int | None = None
 
-        draws = [init_weights(width, input_dim, init_scale, torch.Generator().manual_seed(seed + member))
-                 for member in range(num_seeds)]
-        self.register_buffer("output_weight", torch.stack([a for a, _ in draws]).float())  # (S, m)
-        self._initial_hidden_weights = [w for _, w in draws]  # (m, p) float64 each; subclasses consume them
+        # init_weights draws the output weights before the hidden weights, so a draw
+        # with input_dim 0 yields each member's output weights without the (m, p) draw.
+        output_weights = [init_weights(width, 0, init_scale, self._member_generator(member))[0]
+                          for member in range(num_seeds)]
+        self.register_buffer("output_weight", torch.stack(output_weights).float())  # (S, m)
 
         accuracy = dict(multidim_average="samplewise", ignore_index=_IGNORE, validate_args=False)
         self.accuracy = nn.ModuleDict({
             name.replace("/", "_"): BinaryAccuracy(**accuracy)
             for name in ("train/acc", "train/acc_flipped", "train/acc_unflipped", "test/acc", "test/acc_noisy")
         })
+
+    def initial_hidden_weights(self, member: int) -> Tensor:
+        """Draw ``W(0)`` of ensemble member ``member`` again from its seed ``seed + member``.
+
+        Each call redraws, so that no parametrization has to keep all ``S`` members'
+        ``(m, p)`` draws in memory at once.
+
+        Returns:
+            ``(m, p)`` float64, the same values on every call.
+        """
+        _, hidden_weights = init_weights(self.width, self.input_dim, self.init_scale, self._member_generator(member))
+        return hidden_weights
+
+    def _member_generator(self, member: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + member)
 
     # ---- what a parametrization provides -------------------------------------------------
 
@@ -232,8 +250,9 @@ class DenseXORNetwork(XORNetwork):
     def __init__(self, input_dim: int, **kwargs: Any) -> None:
         super().__init__(input_dim, **kwargs)
         self.automatic_optimization = False
-        self.hidden_weight = nn.Parameter(torch.stack(self._initial_hidden_weights).float())  # (S, m, p)
-        del self._initial_hidden_weights
+        initial = [self.initial_hidden_weights(member).float() for member in range(self.num_seeds)]
+        self.hidden_weight = nn.Parameter(torch.stack(initial))  # (S, m, p)
+        self._snapshot: tuple[int, NetworkSnapshot] | None = None  # the last probe snapshot and its step
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Return the network outputs ``f(x)`` of shape ``(S, N)`` for inputs ``(S, N, p)``."""
@@ -241,7 +260,35 @@ class DenseXORNetwork(XORNetwork):
         return network_outputs(preactivations, self.output_weight)
 
     def split_outputs(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        if split == "test" and self._snapshot is not None and self._snapshot[0] == self.global_step:
+            # The probes measured these weights already: reuse their pass over the test set.
+            return network_outputs(self._snapshot[1].test_preactivations, self.output_weight)
         return self(batch[f"{split}_inputs"])
+
+    @torch.no_grad()
+    def probe_snapshot(self) -> NetworkSnapshot:
+        """Return the :class:`~probes.snapshot.NetworkSnapshot` the probes read, for the current weights.
+
+        Probes measure a step before the module logs its test metrics for it, so the
+        module keeps the snapshot and takes its test outputs from it.
+        """
+        data = self.trainer.datamodule
+        snapshot = dense_snapshot(
+            self.hidden_weight,
+            self.output_weight,
+            data.cluster_means.to(self.hidden_weight),
+            data.train_inputs.to(self.hidden_weight),
+            data.test_inputs.to(self.hidden_weight),
+        )
+        self._snapshot = (self.global_step, snapshot)
+        return snapshot
+
+    def on_train_end(self) -> None:
+        self._snapshot = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._snapshot = None
 
     def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         optimizer = self.optimizers()

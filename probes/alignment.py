@@ -16,7 +16,7 @@ from probes._base import NetworkProbe, last_training_step, tensorboard_writer
 from probes.schedule import ScheduleMode
 from probes.snapshot import ClusterData, NetworkSnapshot, ProbeAccess
 
-PLANE_GRID_SIZE = 201
+PLANE_GRID_SIZE = 101
 """Grid points per axis at which the figure evaluates the sign of the network."""
 
 
@@ -105,7 +105,7 @@ def plane_figure(snapshot: NetworkSnapshot, data: ClusterData, step: int) -> Any
     """Draw ensemble seed 0 projected onto ``span(mu_1, mu_2)`` as a matplotlib figure.
 
     The left panel shows the neurons ``(<w_j, e_1>, <w_j, e_2>)``, divided by the
-    largest ``||w_j||`` so the axes read the same at any weight scale. The right
+    largest in-plane length so the axes read the same at any weight scale. The right
     panel shows the training points ``(<x_i, e_1>, <x_i, e_2>)`` over the sign of
     the network restricted to the plane, with flipped points marked.
     """
@@ -114,7 +114,9 @@ def plane_figure(snapshot: NetworkSnapshot, data: ClusterData, step: int) -> Any
     neurons = F.plane_coordinates(snapshot.mean_projections[:1], data.mean_norms[:1].to(snapshot.mean_projections))
     points = F.plane_coordinates(data.train_mean_projections[:1], data.mean_norms[:1])[0].double().cpu()
     output_weights = snapshot.output_weights[:1]
-    largest_norm = snapshot.neuron_norms[0].amax()
+    # At p >> n most of ||w_j|| lies outside the plane, so the neurons are scaled by
+    # their largest in-plane length to fill the panel.
+    largest_norm = torch.linalg.vector_norm(neurons[0], dim=-1).amax()
     neurons = neurons / torch.where(largest_norm > 0, largest_norm, torch.ones_like(largest_norm))
 
     limit = 1.1 * float(points.abs().amax()) if points.numel() else 1.0
@@ -131,7 +133,7 @@ def plane_figure(snapshot: NetworkSnapshot, data: ClusterData, step: int) -> Any
     neuron_axes.scatter(*neuron_xy[positive].T, s=12, c="tab:red", label="$a_j > 0$")
     neuron_axes.scatter(*neuron_xy[~positive].T, s=12, c="tab:blue", label="$a_j < 0$")
     neuron_axes.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), aspect="equal", title=f"neurons, step {step}")
-    neuron_axes.set(xlabel=r"$\langle w_j, e_1\rangle / \max_j \|w_j\|$", ylabel=r"$\langle w_j, e_2\rangle / \max_j \|w_j\|$")
+    neuron_axes.set(xlabel=r"$\langle w_j, e_1\rangle$ (scaled)", ylabel=r"$\langle w_j, e_2\rangle$ (scaled)")
     neuron_axes.legend(loc="upper right", fontsize="small")
 
     extent = (-limit, limit, -limit, limit)

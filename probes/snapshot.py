@@ -12,6 +12,7 @@ Every tensor carries a leading ensemble dimension ``S``: a single network has
 ``S = 1``.
 """
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,18 @@ class ClusterData:
 def scaled_norm(values: Tensor, dim: int | tuple[int, ...]) -> Tensor:
     """Compute the Euclidean norm over ``dim`` without underflow for tiny values.
 
-    Weights of order 1e-25 square to 1e-50, which is zero in float32. Dividing by
-    the largest absolute value first keeps every step in range, and the result
-    is exactly homogeneous: ``scaled_norm(c * x) == c * scaled_norm(x)`` up to rounding.
+    Weights of order 1e-25 square to 1e-50, which is zero in float32. When the
+    largest absolute value is small enough for that to matter, the values are
+    divided by it first, so that ``scaled_norm(c * x)`` equals
+    ``c * scaled_norm(x)`` up to rounding for any ``c > 0``. Otherwise the plain
+    norm is exact enough and saves two passes over the data.
     """
+    largest = values.abs().amax()
+    finfo = torch.finfo(values.dtype)
+    # Entries within a factor 2**12 of the largest one square to normal numbers.
+    if largest >= finfo.tiny**0.5 * 2**12:
+        return torch.linalg.vector_norm(values, dim=dim)
+
     scale = values.abs().amax(dim=dim, keepdim=True)
     safe_scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     norm = torch.linalg.vector_norm(values / safe_scale, dim=dim, keepdim=True)
@@ -147,6 +156,12 @@ def cluster_data(
     )
 
 
+# Per-trainer caches of the last snapshot and of the cluster data, keyed weakly so
+# that a finished trainer releases them.
+_SNAPSHOT_CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, NetworkSnapshot]]" = weakref.WeakKeyDictionary()
+_CLUSTER_DATA_CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, ClusterData]]" = weakref.WeakKeyDictionary()
+
+
 @dataclass
 class ProbeAccess:
     """Where a probe finds the network and the data, as dotted attribute paths.
@@ -186,7 +201,21 @@ class ProbeAccess:
     snapshot_method: str | None = "probe_snapshot"
 
     def network_snapshot(self, trainer: Any, pl_module: Any) -> NetworkSnapshot:
-        """Read the network of ``pl_module`` at its current weights."""
+        """Read the network of ``pl_module`` at its current weights.
+
+        Probes of one trainer that read the same paths at the same optimizer step
+        share one snapshot, so that several probes cost one pass over the data.
+        """
+        if trainer is None:
+            return self._read_snapshot(trainer, pl_module)
+        key = (id(pl_module), trainer.global_step, repr(self))
+        cached = _SNAPSHOT_CACHE.get(trainer)
+        if cached is None or cached[0] != key:
+            cached = (key, self._read_snapshot(trainer, pl_module))
+            _SNAPSHOT_CACHE[trainer] = cached
+        return cached[1]
+
+    def _read_snapshot(self, trainer: Any, pl_module: Any) -> NetworkSnapshot:
         method = getattr(pl_module, self.snapshot_method, None) if self.snapshot_method else None
         if callable(method):
             return method()
@@ -197,7 +226,21 @@ class ProbeAccess:
         return dense_snapshot(hidden, output, *data)
 
     def cluster_data(self, trainer: Any, pl_module: Any) -> ClusterData:
-        """Read the labels and geometry of the data."""
+        """Read the labels and geometry of the data.
+
+        The result is computed once per trainer and set of paths, because the data
+        do not change during training.
+        """
+        if trainer is None:
+            return self._read_cluster_data(trainer, pl_module)
+        key = (id(pl_module), repr(self))
+        cached = _CLUSTER_DATA_CACHE.get(trainer)
+        if cached is None or cached[0] != key:
+            cached = (key, self._read_cluster_data(trainer, pl_module))
+            _CLUSTER_DATA_CACHE[trainer] = cached
+        return cached[1]
+
+    def _read_cluster_data(self, trainer: Any, pl_module: Any) -> ClusterData:
         means, train_inputs = self._read_many(trainer, pl_module, ("cluster_means", "train_inputs"), ndim=3)
         train_labels = _as_signed_labels(self._read(trainer, pl_module, "train_labels", ndim=2), self.train_labels)
         test_labels = _as_signed_labels(self._read(trainer, pl_module, "test_labels", ndim=2), self.test_labels)

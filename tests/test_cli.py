@@ -28,12 +28,13 @@ def _fit_args(tmp_path, *extra):
 
 
 def test_fit_writes_tensorboard_run(tmp_path):
-    main(_fit_args(tmp_path, "--trainer.max_steps", "3"))
+    schedule = ["--model.init_args.test_schedule", "every", "--model.init_args.test_every", "5"]
+    main(_fit_args(tmp_path, "--trainer.max_steps", "3", *schedule))
     (run,) = (tmp_path / "runs" / "base").iterdir()
     scalars = read_scalars(run)
     assert CORE_TAGS <= set(scalars)
     assert sorted(scalars["train/acc"]) == [0, 1, 2, 3]
-    assert sorted(scalars["test/acc"]) == [0, 1, 3]  # test_every 5: steps 0, 1 and the last
+    assert sorted(scalars["test/acc"]) == [0, 1, 3]  # every 5 steps, and steps 0, 1 and the last
     assert (run / "checkpoints").is_dir()
 
 
@@ -52,7 +53,8 @@ def test_print_config_shows_overrides(tmp_path, capsys):
     assert "input_dim" not in config["model"]["init_args"]  # linked, not repeated
 
 
-def test_validate_on_checkpoint(tmp_path):
+def test_validate_on_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # with no logger, LightningCLI saves its config in the working directory
     main(_fit_args(tmp_path, "--trainer.max_steps", "2"))
     (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
     cli = main([
