@@ -2,7 +2,11 @@
 
 import sys
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -13,9 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_grok.assumptions import assumptions_markdown
-from lightning_grok.data import XORClusterDataModule
-from lightning_grok.model import XORNetwork, check_model_settings
+from lightning_grok.data import DataMismatchError, XORClusterDataModule, check_data_settings
+from lightning_grok.model import DivergenceError, XORNetwork, check_model_settings
 from lightning_grok.progress import GDProgressBar
+from probes.snapshot import ProbeAccessError
 
 # During fit the module measures the test split on its own step schedule, so the
 # data module gives the validation loop no batches, which Lightning warns about.
@@ -24,11 +29,21 @@ warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks 
 TRAINER_DEFAULTS = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "xor"},
+        "init_args": {"save_dir": "runs", "name": "xor", "default_hp_metric": False},
     },
     "log_every_n_steps": 1,
     "num_sanity_val_steps": 0,
     "enable_model_summary": False,
+}
+
+# Values of ckpt_path that Lightning resolves itself rather than reading a file.
+_CHECKPOINT_KEYWORDS = {"best", "last", "hpc", "registry"}
+
+# argparse accepts any unique prefix of an option, so a typo such as
+# --data.flip_rat would silently set data.flip_rate; every parser rejects it instead.
+_PARSER_KWARGS = {
+    "allow_abbrev": False,
+    **{subcommand: {"allow_abbrev": False} for subcommand in ("fit", "validate", "test", "predict")},
 }
 
 
@@ -45,6 +60,9 @@ class GrokCLI(LightningCLI):
         # report on union types, so the model settings are checked here first.
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
+            # The data first: the model repeats the linked data.input_dim and
+            # data.num_seeds, which the message should name as the user typed them.
+            check_data_settings(**dict(config.data))
             check_model_settings(**dict(config.model.init_args))
         except ValueError as error:
             _exit_with_usage_error(self.parser, str(error))
@@ -55,7 +73,7 @@ class GrokCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, MisconfigurationException) as error:
-            _exit_with_usage_error(self.parser, str(error))
+            _exit_with_usage_error(self.parser, _original_message(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Add the GD-step progress bar unless the user chose a bar or turned bars off.
@@ -72,7 +90,53 @@ class GrokCLI(LightningCLI):
             _exit_with_usage_error(
                 self.parser, f"trainer.max_steps must be an integer >= 1 (the number of GD steps), got {max_steps}"
             )
+        self._check_checkpoint_fits_model()
         self._report_assumptions()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits_model()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits_model()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits_model()
+
+    def _parse_ckpt_path(self) -> None:
+        # NOTE: overrides a private LightningCLI method (lightning 2.6), the first
+        # place that reads --ckpt_path. A missing or unreadable file is reported
+        # here, before the parent method loads it and before a run directory exists.
+        self._checkpoint_shapes: dict[str, tuple[int, ...]] | None = None
+        path = self._checkpoint_file()
+        if path is not None:
+            self._checkpoint_shapes = _read_checkpoint_shapes(self.parser, path)
+        super()._parse_ckpt_path()
+
+    def _checkpoint_file(self) -> Path | None:
+        """Return ``--ckpt_path`` as a local file, or ``None`` if unset, a keyword such as "last" or a URL."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is None:
+            return None
+        text = str(ckpt_path)
+        if text in _CHECKPOINT_KEYWORDS or text.startswith("registry:") or "://" in text:
+            return None
+        return Path(text)
+
+    def _check_checkpoint_fits_model(self) -> None:
+        # Lightning would load the checkpoint only after writing the run directory,
+        # and end with a traceback on a shape mismatch; compare the shapes first.
+        if not getattr(self, "_checkpoint_shapes", None):
+            return
+        strict = getattr(self.model, "strict_loading", True)
+        problems = _state_dict_mismatches(self.model.state_dict(), self._checkpoint_shapes, strict=strict)
+        if problems:
+            _exit_with_usage_error(
+                self.parser,
+                f"checkpoint {str(self._checkpoint_file())!r} does not fit the model these settings build: "
+                f"{'; '.join(problems)}. Use the data and model settings of the run that saved it; "
+                "that run's config.yaml is in its run directory, above checkpoints/",
+            )
 
     def _report_assumptions(self) -> None:
         # Print which assumptions (A1)-(A6) of the grokking theorem of Xu et al.
@@ -88,18 +152,99 @@ class GrokCLI(LightningCLI):
                     logger.experiment.add_text("assumptions", table, global_step=0)
 
 
+def _original_message(error: Exception) -> str:
+    """Return the message of the error at the end of the chain of ``error``, if it is a settings error.
+
+    jsonargparse wraps an error raised by a class under ``trainer.callbacks`` in a
+    report on every union subtype it tried; the original error names the problem.
+    """
+    original = error
+    while (original.__cause__ or original.__context__) is not None:
+        original = original.__cause__ or original.__context__
+    if original is not error and isinstance(original, (ValueError, TypeError, MisconfigurationException)):
+        return str(original)
+    return str(error)
+
+
+def _read_checkpoint_shapes(parser: ArgumentParser, path: Path) -> dict[str, tuple[int, ...]]:
+    """Return the shape of each tensor in the ``state_dict`` of checkpoint ``path``, or exit with a usage error."""
+    if not path.is_file():
+        _exit_with_usage_error(
+            parser,
+            f"ckpt_path {str(path)!r}: checkpoint file not found; pass a .ckpt file that a fit run saved, "
+            "such as <save_dir>/<name>/version_0/checkpoints/<file>.ckpt",
+        )
+    if not zipfile.is_zipfile(path):
+        _exit_with_usage_error(
+            parser,
+            f"ckpt_path {str(path)!r} is not a checkpoint: torch.save writes a zip archive and this file is not one; "
+            "pass a .ckpt file that a fit run saved",
+        )
+    try:
+        # mmap maps the file, so only the headers of the tensors are read here.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state_dict = checkpoint["state_dict"]
+    # A zip archive that torch.save did not write, or wrote without a state_dict,
+    # fails with one of several unrelated types (RuntimeError, UnpicklingError, KeyError).
+    except Exception as error:
+        _exit_with_usage_error(
+            parser,
+            f"ckpt_path {str(path)!r} is not a readable Lightning checkpoint ({type(error).__name__}: {error}); "
+            "pass a .ckpt file that a fit run saved",
+        )
+    return {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+
+
+def _state_dict_mismatches(
+    model_state: dict[str, torch.Tensor], checkpoint_shapes: dict[str, tuple[int, ...]], strict: bool
+) -> list[str]:
+    """List the tensors that ``load_state_dict`` would reject, one phrase each."""
+    problems = []
+    for name, tensor in model_state.items():
+        if name not in checkpoint_shapes:
+            if strict:
+                problems.append(f"{name} is missing from the checkpoint")
+        elif tuple(tensor.shape) != checkpoint_shapes[name]:
+            problems.append(
+                f"{name} has shape {checkpoint_shapes[name]} in the checkpoint "
+                f"but {tuple(tensor.shape)} with these settings"
+            )
+    if strict:
+        for name in sorted(checkpoint_shapes.keys() - model_state.keys()):
+            problems.append(f"{name} is in the checkpoint but not in the model")
+    return problems
+
+
 def _exit_with_usage_error(parser: ArgumentParser, message: str) -> None:
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 def main(args: list[str] | None = None) -> GrokCLI:
-    """Run the command line on ``args`` (``sys.argv[1:]`` if ``None``) and return the CLI."""
-    return GrokCLI(
-        XORNetwork,
-        XORClusterDataModule,
-        subclass_mode_model=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    """Run the command line on ``args`` (``sys.argv[1:]`` if ``None``) and return the CLI.
+
+    A diverged run exits with status 1, and a resume on other data or a probe
+    access path that does not exist with status 2, each with a one-paragraph
+    message and no traceback.
+    """
+    try:
+        return GrokCLI(
+            XORNetwork,
+            XORClusterDataModule,
+            subclass_mode_model=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=_PARSER_KWARGS,
+        )
+    except DivergenceError as error:
+        print(f"lightning_grok: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except DataMismatchError as error:
+        print(f"lightning_grok: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ProbeAccessError as error:
+        # Raised when fit starts, once the data exist, so the run directory is already written.
+        print(f"lightning_grok: error: {error}; fix the access paths of the probe callbacks under trainer.callbacks",
+              file=sys.stderr)
+        sys.exit(2)

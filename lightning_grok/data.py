@@ -9,8 +9,10 @@ label is flipped independently with probability ``eta``. Since ``x`` and ``-x``
 carry the same clean label, no linear classifier beats chance.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -78,6 +80,41 @@ def sample_xor_clusters(
     return XORSample(inputs=inputs, clean_labels=clean_labels, labels=labels, flip_mask=flip_mask)
 
 
+# The tensors that the data fingerprint covers; the other attributes follow from them.
+_FINGERPRINTED = ("cluster_means", "train_inputs", "train_labels", "flip_mask", "test_inputs", "test_labels")
+
+
+class DataMismatchError(ValueError):
+    """Raised when a checkpoint was trained on other data than the current settings draw."""
+
+
+def check_data_settings(
+    input_dim: int = 2,
+    num_train: int = 1,
+    num_test: int = 1,
+    mean_norm: float | None = None,
+    flip_rate: float = 0.0,
+    seed: int = 0,
+    num_seeds: int = 1,
+) -> None:
+    """Raise ``ValueError`` naming the first data setting out of its allowed range.
+
+    The CLI calls this before the model settings, so that a linked setting such
+    as ``data.num_seeds`` is reported under the name the user typed; the
+    constructor of :class:`XORClusterDataModule` calls it too.
+    """
+    check_range("data.input_dim", input_dim, minimum=2, integer=True)
+    check_range("data.num_train", num_train, minimum=1, integer=True)
+    check_range("data.num_test", num_test, minimum=1, integer=True)
+    check_range("data.num_seeds", num_seeds, minimum=1, integer=True)
+    check_range("data.seed", seed, minimum=0, integer=True)
+    if mean_norm is not None:
+        check_range("data.mean_norm", mean_norm, minimum=0.0)
+    check_finite("data.flip_rate", flip_rate)
+    if not 0.0 <= flip_rate < 0.5:
+        raise ValueError(f"data.flip_rate must be in [0, 0.5), got {flip_rate}")
+
+
 class _RepeatedBatch(Dataset):
     """A dataset whose every item is the same full batch, so one item is one GD step."""
 
@@ -135,17 +172,14 @@ class XORClusterDataModule(pl.LightningDataModule):
         num_seeds: int = 1,
     ) -> None:
         super().__init__()
-        check_range("data.input_dim", input_dim, minimum=2, integer=True)
-        check_range("data.num_train", num_train, minimum=1, integer=True)
-        check_range("data.num_test", num_test, minimum=1, integer=True)
-        check_range("data.num_seeds", num_seeds, minimum=1, integer=True)
-        check_range("data.seed", seed, minimum=0, integer=True)
-        if mean_norm is not None:
-            check_range("data.mean_norm", mean_norm, minimum=0.0)
-        check_finite("data.flip_rate", flip_rate)
-        if not 0.0 <= flip_rate < 0.5:
-            raise ValueError(f"data.flip_rate must be in [0, 0.5), got {flip_rate}")
-        self.save_hyperparameters()
+        check_data_settings(
+            input_dim=input_dim, num_train=num_train, num_test=num_test, mean_norm=mean_norm,
+            flip_rate=flip_rate, seed=seed, num_seeds=num_seeds,
+        )
+        # The model has a seed of its own, and Lightning rejects a run whose model and
+        # data module log the same hyperparameter with different values. The data
+        # seed stays in the CLI's saved config and in the checkpoint fingerprint.
+        self.save_hyperparameters(ignore=["seed"])
 
         self.input_dim = input_dim
         self.num_train = num_train
@@ -155,12 +189,15 @@ class XORClusterDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_seeds = num_seeds
         self._dtype: torch.dtype | None = None
+        self._fingerprint: str | None = None
+        self._device_batch: tuple[Any, Any] | None = None
 
     def setup(self, stage: str) -> None:
         dtype = _precision_dtype(self.trainer)
         if self._dtype == dtype:
             return  # already drawn: data do not change between stages
         self._dtype = dtype
+        self._fingerprint = None
 
         members = [self._draw_member(self.seed + member) for member in range(self.num_seeds)]
         stacked = {name: torch.stack([member[name] for member in members]) for name in members[0]}
@@ -183,6 +220,33 @@ class XORClusterDataModule(pl.LightningDataModule):
             "test_noisy_labels": test.labels,
         }
 
+    def fingerprint(self) -> str:
+        """Return a SHA-256 digest (16 hex digits) of the drawn data, computed once after ``setup``."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name in _FINGERPRINTED:
+                digest.update(getattr(self, name).contiguous().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def state_dict(self) -> dict[str, Any]:
+        """Store the data fingerprint and settings in checkpoints, to check them on resume."""
+        return {"fingerprint": self.fingerprint(), "settings": {**self.hparams, "seed": self.seed}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that the data drawn from the current settings are those the checkpoint was trained on.
+
+        Raises:
+            DataMismatchError: naming both fingerprints and the checkpoint's data settings.
+        """
+        saved = state_dict.get("fingerprint")
+        if saved is not None and saved != self.fingerprint():
+            raise DataMismatchError(
+                f"the checkpoint was trained on data with fingerprint {saved}, but the current data settings "
+                f"draw data with fingerprint {self.fingerprint()}; resume with the checkpoint's data settings "
+                f"{state_dict.get('settings')} (and the same precision)"
+            )
+
     def full_batch(self) -> dict[str, Tensor]:
         """Return the training and test tensors as one batch, keyed as the module expects."""
         return {
@@ -193,6 +257,15 @@ class XORClusterDataModule(pl.LightningDataModule):
             "test_labels": self.test_labels,
             "test_noisy_labels": self.test_noisy_labels,
         }
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Every GD step gets the same full batch, so it is copied to an accelerator once.
+        if device.type == "cpu":
+            return batch
+        key = (device, id(self.train_inputs))
+        if self._device_batch is None or self._device_batch[0] != key:
+            self._device_batch = (key, super().transfer_batch_to_device(batch, device, dataloader_idx))
+        return self._device_batch[1]
 
     def train_dataloader(self) -> DataLoader:
         # One item per GD step of the whole run, so a single epoch spans the run

@@ -32,6 +32,15 @@ _IGNORE = -1  # target value that BinaryAccuracy skips, used to restrict to a su
 _PROGRESS_BAR_TAGS = {"train/loss", "train/acc", "test/acc"}
 
 
+class DivergenceError(RuntimeError):
+    """Raised when the loss or the weights of a run stop being finite."""
+
+
+def _format_losses(loss: Tensor) -> str:
+    values = [f"{value:.6g}" for value in loss.tolist()]
+    return values[0] if len(values) == 1 else "[" + ", ".join(values) + "]"
+
+
 def check_model_settings(
     input_dim: int = 2,
     width: int = 1,
@@ -108,6 +117,7 @@ class XORNetwork(pl.LightningModule):
         self.seed = seed
         self.num_seeds = num_seeds
         self._last_logged_step: int | None = None
+        self._last_finite_loss: tuple[int, Tensor] | None = None
 
         # init_weights draws the output weights before the hidden weights, so a draw
         # with input_dim 0 yields each member's output weights without the (m, p) draw.
@@ -155,12 +165,33 @@ class XORNetwork(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         step = self.global_step  # the weights are W(step) until gd_step returns
+        # A run resumed from a checkpoint starts at a step that was logged before it stopped.
+        measure = step != self._last_logged_step
         test_outputs = None
-        if self.test_schedule.selects(step, self._last_step()):
+        if measure and self.test_schedule.selects(step, self._last_step()):
             with torch.no_grad():
                 test_outputs = self.split_outputs(batch, "test")
+
         train_outputs, loss = self.gd_step(batch)
-        self._log_measurements(batch, step, train_outputs, loss, test_outputs, on_step=True)
+        self._check_finite(step, loss)
+        if measure:
+            self._log_measurements(batch, step, train_outputs, loss, test_outputs, on_step=True)
+
+    def _check_finite(self, step: int, loss: Tensor) -> None:
+        """Raise :class:`DivergenceError` if the loss of ``W(step)`` is not finite for some member."""
+        if bool(torch.isfinite(loss).all()):
+            self._last_finite_loss = (step, loss)
+            return
+        if self._last_finite_loss is None:
+            last = "no earlier step had a finite loss"
+        else:
+            last_step, last_loss = self._last_finite_loss
+            last = f"the last finite loss was {_format_losses(last_loss)} at step {last_step}"
+        raise DivergenceError(
+            f"training diverged at step {step}: the training loss is {_format_losses(loss)}, and {last}. "
+            f"Lower the step size model.lr (now {self.lr:g}) or the initialization scale "
+            f"model.init_scale (now {self.init_scale:g})."
+        )
 
     def on_train_epoch_end(self) -> None:
         # The last GD step has no batch after it, so W(T) is measured here.
@@ -174,11 +205,27 @@ class XORNetwork(pl.LightningModule):
         self._measure_and_log(batch, on_step=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Raising here stops Lightning before it writes the file, so the last
+        # checkpoint on disk keeps finite weights.
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.parameters()):
+            raise DivergenceError(
+                f"training diverged: the weights after step {self.global_step} are not finite, so no checkpoint "
+                f"was written for that step. Lower the step size model.lr (now {self.lr:g})."
+            )
         checkpoint["last_logged_step"] = self._last_logged_step
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resumed run continues after the last logged step instead of logging it twice.
         self._last_logged_step = checkpoint.get("last_logged_step")
+
+    def configure_model(self) -> None:
+        # Lightning restores a checkpoint before it converts the module to the
+        # precision's dtype, so a float64 checkpoint would be rounded through float32
+        # parameters. This hook runs before the restore, with the precision's dtype
+        # (float64 under "64-true") as the default dtype.
+        dtype = torch.get_default_dtype()
+        if self.output_weight.dtype != dtype:
+            self.to(dtype)
 
     def _last_step(self) -> int:
         return int(self.trainer.max_steps)

@@ -95,8 +95,11 @@ class NeuronAlignment(NetworkProbe):
         positive = snapshot.mean_projections[snapshot.output_weights > 0]  # (neurons over seeds, 2)
         if scheduled and self.histograms and positive.numel() > 0:
             for mean_index in range(2):
-                values = positive[:, mean_index].double().cpu().numpy()
-                writer.add_histogram(f"alignment/pos_dot_mu{mean_index + 1}", values, global_step=step, bins="auto")
+                values = positive[:, mean_index]
+                # A diverging run has infinite weights; the module reports it, the histogram skips them.
+                values = values[values.isfinite()].double().cpu().numpy()
+                if values.size:
+                    writer.add_histogram(f"alignment/pos_dot_mu{mean_index + 1}", values, global_step=step, bins="auto")
         if step in self.figure_steps:
             writer.add_figure("alignment/plane", plane_figure(snapshot, data, step), global_step=step)
 

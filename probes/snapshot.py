@@ -274,18 +274,26 @@ class ProbeAccess:
         return value
 
 
+class ProbeAccessError(AttributeError):
+    """Raised when a :class:`ProbeAccess` path names an attribute that does not exist.
+
+    A subclass of ``AttributeError``, so that a command line can tell a wrong path
+    in its settings from an ``AttributeError`` raised by a bug.
+    """
+
+
 def resolve_path(path: str, **roots: Any) -> Any:
     """Follow a dotted path such as ``"module.net.0.weight"`` from one of ``roots``.
 
     Raises:
-        AttributeError: naming the path and the first part that does not exist.
+        ProbeAccessError: naming the path and the first part that does not exist.
     """
     root_name, *parts = path.split(".")
     if root_name not in roots:
-        raise AttributeError(f"probe path {path!r} must start with one of {sorted(roots)}, got {root_name!r}")
+        raise ProbeAccessError(f"probe path {path!r} must start with one of {sorted(roots)}, got {root_name!r}")
     value = roots[root_name]
     if value is None:
-        raise AttributeError(f"probe path {path!r} starts at {root_name!r}, which this trainer does not have")
+        raise ProbeAccessError(f"probe path {path!r} starts at {root_name!r}, which this trainer does not have")
 
     walked = root_name
     for part in parts:
@@ -295,11 +303,11 @@ def resolve_path(path: str, **roots: Any) -> Any:
             try:
                 value = value[int(part)]
             except (IndexError, KeyError):
-                raise AttributeError(
+                raise ProbeAccessError(
                     f"probe path {path!r} is invalid: {walked!r} ({type(value).__name__}) has no item {part}"
                 ) from None
         else:
-            raise AttributeError(
+            raise ProbeAccessError(
                 f"probe path {path!r} is invalid: {walked!r} ({type(value).__name__}) has no attribute {part!r}"
             )
         walked = f"{walked}.{part}"

@@ -44,6 +44,12 @@ def test_input_dim_linked_into_model(tmp_path):
     assert cli.model.hidden_weight.shape == (1, 6, 40)
 
 
+def test_fit_with_different_data_and_model_seeds(tmp_path):
+    cli = main(_fit_args(tmp_path, "--trainer.max_steps", "1", "--data.seed", "1", "--model.init_args.seed", "2"))
+    assert cli.datamodule.seed == 1
+    assert cli.model.seed == 2
+
+
 def test_print_config_shows_overrides(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(_fit_args(tmp_path, "--data.flip_rate", "0.2", "--print_config"))
