@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -43,6 +44,7 @@ _CHECKPOINT_KEYWORDS = {"best", "last", "hpc", "registry"}
 # --data.flip_rat would silently set data.flip_rate; every parser rejects it instead.
 _PARSER_KWARGS = {
     "allow_abbrev": False,
+    "prog": "lightning_grok",  # in messages, in place of "__main__.py"
     **{subcommand: {"allow_abbrev": False} for subcommand in ("fit", "validate", "test", "predict")},
 }
 
@@ -54,6 +56,17 @@ class GrokCLI(LightningCLI):
         # Values that follow from the data are linked, not repeated in the YAML.
         parser.link_arguments("data.input_dim", "model.init_args.input_dim")
         parser.link_arguments("data.num_seeds", "model.init_args.num_seeds")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # jsonargparse reports a YAML syntax error without naming the file; name it.
+        for path in _config_files(sys.argv[1:] if args is None else args):
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as error:
+                _exit_with_usage_error(parser, f"config file {path!r} is not valid YAML: {error}")
+            except OSError:
+                pass  # jsonargparse reports a missing or unreadable file itself
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         # jsonargparse would wrap an error raised by the model's constructor in a
@@ -152,6 +165,20 @@ class GrokCLI(LightningCLI):
                     logger.experiment.add_text("assumptions", table, global_step=0)
 
 
+def _config_files(args: Any) -> list[str]:
+    """List the files that ``--config`` or ``-c`` name in a command line; none for a dict of settings."""
+    if not isinstance(args, (list, tuple)):
+        return []
+    files = []
+    for position, arg in enumerate(args):
+        arg = str(arg)
+        if arg in ("--config", "-c") and position + 1 < len(args):
+            files.append(str(args[position + 1]))
+        elif arg.startswith("--config="):
+            files.append(arg.removeprefix("--config="))
+    return files
+
+
 def _original_message(error: Exception) -> str:
     """Return the message of the error at the end of the chain of ``error``, if it is a settings error.
 
@@ -223,8 +250,8 @@ def _exit_with_usage_error(parser: ArgumentParser, message: str) -> None:
 def main(args: list[str] | None = None) -> GrokCLI:
     """Run the command line on ``args`` (``sys.argv[1:]`` if ``None``) and return the CLI.
 
-    A diverged run exits with status 1, and a resume on other data or a probe
-    access path that does not exist with status 2, each with a one-paragraph
+    A diverged run exits with status 1. A resume on other data and a probe access
+    path that does not exist exit with status 2. Each prints a one-paragraph
     message and no traceback.
     """
     try:

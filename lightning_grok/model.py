@@ -15,18 +15,16 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 from einops import einsum
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torchmetrics.classification import BinaryAccuracy
 
 from lightning_grok.functional import init_weights, logistic_loss, network_outputs
+from lightning_grok.metrics import EnsembleAccuracy
 from lightning_grok.validation import check_range
 from probes.schedule import ScheduleMode, StepSchedule
 from probes.snapshot import NetworkSnapshot, dense_snapshot
 from probes.stats import ensemble_summary, log_ensembles
-
-_IGNORE = -1  # target value that BinaryAccuracy skips, used to restrict to a subset of points
 
 # Tags shown on the progress bar; every tag is also logged to every logger.
 _PROGRESS_BAR_TAGS = {"train/loss", "train/acc", "test/acc"}
@@ -88,6 +86,9 @@ class XORNetwork(pl.LightningModule):
             Steps 0, 1 and the last step are always measured.
         test_every: the period of the ``"every"`` schedule, in steps.
         test_per_decade: the density of the ``"log"`` schedule.
+        log_per_seed: whether to log every ensemble member's value as
+            ``<tag>_seed<s>`` beside the median and quantiles, for the module's
+            metrics and for the probes.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class XORNetwork(pl.LightningModule):
         test_schedule: ScheduleMode = "every",
         test_every: int = 1,
         test_per_decade: int = 10,
+        log_per_seed: bool = False,
     ) -> None:
         super().__init__()
         check_model_settings(
@@ -116,6 +118,7 @@ class XORNetwork(pl.LightningModule):
         self.lr = lr
         self.seed = seed
         self.num_seeds = num_seeds
+        self.log_per_seed = log_per_seed
         self._last_logged_step: int | None = None
         self._last_finite_loss: tuple[int, Tensor] | None = None
 
@@ -125,9 +128,8 @@ class XORNetwork(pl.LightningModule):
                           for member in range(num_seeds)]
         self.register_buffer("output_weight", torch.stack(output_weights).float())  # (S, m)
 
-        accuracy = dict(multidim_average="samplewise", ignore_index=_IGNORE, validate_args=False)
         self.accuracy = nn.ModuleDict({
-            name.replace("/", "_"): BinaryAccuracy(**accuracy)
+            name.replace("/", "_"): EnsembleAccuracy(num_seeds)
             for name in ("train/acc", "train/acc_flipped", "train/acc_unflipped", "test/acc", "test/acc_noisy")
         })
 
@@ -272,18 +274,11 @@ class XORNetwork(pl.LightningModule):
                     self.log(name, value, on_step=False, on_epoch=True, batch_size=1)
 
     def _accuracy(self, tag: str, outputs: Tensor, labels: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Per-member accuracy of the hard predictions ``f(x) > 0``; NaN for a member with no kept point."""
+        """Return the per-member accuracy ``(S,)`` over all processes; NaN for a member with no kept point."""
         metric = self.accuracy[tag.replace("/", "_")]
-        targets = (labels > 0).long()
-        if keep is not None:
-            targets = torch.where(keep, targets, _IGNORE)
-        metric.update((outputs > 0).long(), targets)
-        accuracy = metric.compute().reshape(outputs.shape[0])  # (S,); compute() squeezes S = 1
+        metric.update(outputs, labels, keep)
+        accuracy = metric.compute().reshape(outputs.shape[0])  # torchmetrics squeezes S = 1 to a scalar
         metric.reset()
-
-        if keep is not None:
-            empty = ~keep.any(dim=-1)
-            accuracy = torch.where(empty, torch.nan, accuracy)
         return accuracy
 
 

@@ -72,6 +72,7 @@ class NetworkProbe(Callback):
         schedule: ``"every"`` or ``"log"``, see :class:`~probes.schedule.StepSchedule`.
         every: the period in steps in ``"every"`` mode.
         per_decade: points per factor of ten in steps in ``"log"`` mode.
+        extra_steps: steps measured in addition to the schedule.
 
     Raises:
         ValueError: if ``schedule``, ``every`` or ``per_decade`` is invalid.
@@ -83,11 +84,12 @@ class NetworkProbe(Callback):
         schedule: ScheduleMode = "every",
         every: int = 1,
         per_decade: int = 10,
+        extra_steps: list[int] | None = None,
     ) -> None:
         if access is not None and not isinstance(access, ProbeAccess):
             raise TypeError(f"access must be a ProbeAccess or None, got {type(access).__name__}")
         self.access = access if access is not None else ProbeAccess()
-        self.schedule = StepSchedule(schedule, every=every, per_decade=per_decade)
+        self.schedule = StepSchedule(schedule, every=every, per_decade=per_decade, extra_steps=extra_steps or ())
         self._last_measured_step: int | None = None
 
     def measure(self, trainer: Trainer, pl_module: LightningModule, step: int, final: bool) -> None:

@@ -38,6 +38,7 @@ class NeuronAlignment(NetworkProbe):
         schedule: ``"every"`` or ``"log"``, see :class:`~probes.schedule.StepSchedule`.
         every: the period in steps in ``"every"`` mode.
         per_decade: points per factor of ten in steps in ``"log"`` mode.
+        extra_steps: steps measured in addition to the schedule.
         histograms: whether to write the histograms at the scheduled steps.
         figure_steps: steps at which to draw the plane figure, scheduled or not.
 
@@ -56,10 +57,11 @@ class NeuronAlignment(NetworkProbe):
         schedule: ScheduleMode = "every",
         every: int = 1,
         per_decade: int = 10,
+        extra_steps: list[int] | None = None,
         histograms: bool = True,
         figure_steps: list[int] | None = None,
     ) -> None:
-        super().__init__(access, schedule=schedule, every=every, per_decade=per_decade)
+        super().__init__(access, schedule=schedule, every=every, per_decade=per_decade, extra_steps=extra_steps)
         figure_steps = list(figure_steps or [])
         for step in figure_steps:
             if isinstance(step, bool) or not isinstance(step, int) or step < 0:

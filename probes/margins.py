@@ -32,6 +32,7 @@ class FlippedMargins(NetworkProbe):
         schedule: ``"every"`` or ``"log"``, see :class:`~probes.schedule.StepSchedule`.
         every: the period in steps in ``"every"`` mode.
         per_decade: points per factor of ten in steps in ``"log"`` mode.
+        extra_steps: steps measured in addition to the schedule.
         histograms: whether to write the histograms.
 
     Raises:
@@ -44,9 +45,10 @@ class FlippedMargins(NetworkProbe):
         schedule: ScheduleMode = "every",
         every: int = 1,
         per_decade: int = 10,
+        extra_steps: list[int] | None = None,
         histograms: bool = True,
     ) -> None:
-        super().__init__(access, schedule=schedule, every=every, per_decade=per_decade)
+        super().__init__(access, schedule=schedule, every=every, per_decade=per_decade, extra_steps=extra_steps)
         self.histograms = histograms
 
     def needs_tensorboard(self) -> bool:

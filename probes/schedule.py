@@ -1,6 +1,7 @@
 """Step schedules: at which optimizer steps a quantity is measured and logged."""
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 ScheduleMode = Literal["every", "log"]
@@ -19,6 +20,7 @@ class StepSchedule:
         mode: ``"every"`` or ``"log"``.
         every: the period in steps, used in ``"every"`` mode; at least 1.
         per_decade: points per factor of ten, used in ``"log"`` mode; at least 1.
+        extra_steps: steps selected in addition, such as the steps a figure shows.
 
     Raises:
         ValueError: if ``mode`` is not one of the allowed values or a count is below 1.
@@ -31,19 +33,29 @@ class StepSchedule:
         [0, 1, 3, 10, 32, 100]
     """
 
-    def __init__(self, mode: ScheduleMode = "every", every: int = 1, per_decade: int = 10) -> None:
+    def __init__(
+        self,
+        mode: ScheduleMode = "every",
+        every: int = 1,
+        per_decade: int = 10,
+        extra_steps: Sequence[int] = (),
+    ) -> None:
         if mode not in ("every", "log"):
             raise ValueError(f"schedule mode must be 'every' or 'log', got {mode!r}")
         for name, value in (("every", every), ("per_decade", per_decade)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"schedule {name} must be an integer >= 1, got {value!r}")
+        for step in extra_steps:
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"schedule extra_steps must contain integers >= 0, got {step!r}")
         self.mode = mode
         self.every = every
         self.per_decade = per_decade
+        self.extra_steps = frozenset(extra_steps)
 
     def selects(self, step: int, last_step: int) -> bool:
         """Return whether ``step`` is measured in a run that ends at ``last_step``."""
-        if step in (0, 1) or step == last_step:
+        if step in (0, 1) or step == last_step or step in self.extra_steps:
             return True
         if self.mode == "every":
             return step % self.every == 0
@@ -61,4 +73,5 @@ class StepSchedule:
         return min(candidates, key=lambda candidate: abs(candidate - step))
 
     def __repr__(self) -> str:
-        return f"StepSchedule(mode={self.mode!r}, every={self.every}, per_decade={self.per_decade})"
+        extra = f", extra_steps={sorted(self.extra_steps)}" if self.extra_steps else ""
+        return f"StepSchedule(mode={self.mode!r}, every={self.every}, per_decade={self.per_decade}{extra})"

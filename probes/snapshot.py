@@ -259,7 +259,7 @@ class ProbeAccess:
         path = getattr(self, field)
         value = resolve_path(path, module=pl_module, datamodule=getattr(trainer, "datamodule", None), trainer=trainer)
         if not isinstance(value, Tensor):
-            raise TypeError(f"probe access {field}={path!r} must name a tensor, got {type(value).__name__}")
+            raise ProbeAccessError(f"probe access {field}={path!r} must name a tensor, got {type(value).__name__}")
         # Data modules often keep their tensors on the CPU while the module is on an accelerator.
         value = value.detach().to(device=getattr(pl_module, "device", None))
         if field == "output_weight" and value.ndim == 2 and value.shape[0] == 1:
@@ -267,7 +267,7 @@ class ProbeAccess:
         while value.ndim < ndim:
             value = rearrange(value, "... -> 1 ...")
         if value.ndim != ndim:
-            raise ValueError(
+            raise ProbeAccessError(
                 f"probe access {field}={path!r} has shape {tuple(value.shape)}; "
                 f"expected {ndim} dimensions with the ensemble dimension first, or {ndim - 1} without it"
             )
@@ -275,10 +275,12 @@ class ProbeAccess:
 
 
 class ProbeAccessError(AttributeError):
-    """Raised when a :class:`ProbeAccess` path names an attribute that does not exist.
+    """Raised when a :class:`ProbeAccess` path does not lead to a usable tensor.
 
-    A subclass of ``AttributeError``, so that a command line can tell a wrong path
-    in its settings from an ``AttributeError`` raised by a bug.
+    The path may name an attribute that does not exist, something that is not a
+    tensor, a tensor of the wrong shape, or labels outside ``{-1, +1}`` and
+    ``{0, 1}``. A dedicated class lets a command line tell a wrong path in its
+    settings from an error raised by a bug.
     """
 
 
@@ -321,4 +323,4 @@ def _as_signed_labels(labels: Tensor, path: str) -> Tensor:
         return labels
     if values <= {0, 1}:
         return 2 * labels - 1
-    raise ValueError(f"labels at {path!r} must be in {{-1, +1}} or {{0, 1}}, got values {sorted(values)[:5]}")
+    raise ProbeAccessError(f"labels at {path!r} must be in {{-1, +1}} or {{0, 1}}, got values {sorted(values)[:5]}")

@@ -57,7 +57,8 @@ def log_ensembles(
     The scalars are written to every logger of the trainer at ``step``, by
     default ``trainer.global_step``, the number of optimizer steps taken. They
     also go through ``module.log(..., logger=False)``, so that ``ModelCheckpoint``,
-    ``EarlyStopping`` and the progress bar see them.
+    ``EarlyStopping`` and the progress bar see them. If ``module.log_per_seed`` is
+    true, each seed's value of an ensemble is logged too, as ``<tag>_seed<s>``.
 
     Lightning's own logger step cannot serve here. It counts batches, files values
     logged at epoch end under the last batch (so the weights after the final step
@@ -74,9 +75,12 @@ def log_ensembles(
     trainer = module.trainer
     step = trainer.global_step if step is None else step
 
+    per_seed_tags = bool(getattr(module, "log_per_seed", False))
     scalars: dict[str, Tensor] = {}
     for tag, per_seed in values.items():
         scalars.update(ensemble_summary(tag, per_seed))
+        if per_seed_tags and per_seed.numel() > 1:
+            scalars.update({f"{tag}_seed{member}": value for member, value in enumerate(per_seed.detach())})
 
     for name, value in scalars.items():
         module.log(name, value, logger=False, prog_bar=name in prog_bar, batch_size=1, **log_kwargs)

@@ -144,3 +144,18 @@ def test_model_rejects_bad_setting(setting, value, allowed):
         DenseXORNetwork(input_dim=5, **{setting: value})
     assert f"model.{setting}" in str(error.value)
     assert allowed in str(error.value)
+
+
+def test_ensemble_logs_median_quantiles_and_per_seed(tmp_path):
+    datamodule = XORClusterDataModule(input_dim=5, num_train=6, num_test=4, mean_norm=2.0, seed=0, num_seeds=4)
+    model = DenseXORNetwork(input_dim=5, width=4, init_scale=0.5, lr=0.5, num_seeds=4, log_per_seed=True)
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    _trainer(tmp_path, max_steps=2, logger=logger).fit(model, datamodule)
+    scalars = read_scalars(logger.log_dir)
+
+    for step in range(3):
+        per_seed = torch.tensor([scalars[f"train/loss_seed{member}"][step] for member in range(4)])
+        assert scalars["train/loss"][step] == pytest.approx(float(per_seed.quantile(0.5)), rel=1e-6)
+        assert scalars["train/loss_q20"][step] == pytest.approx(float(per_seed.quantile(0.2)), rel=1e-6)
+        assert scalars["train/loss_q80"][step] == pytest.approx(float(per_seed.quantile(0.8)), rel=1e-6)
+    assert "alignment/pos_mu1" not in scalars  # no probes attached
