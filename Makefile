@@ -10,7 +10,6 @@ CONFIG ?= configs/base.yaml
 
 $(BIN)/activate-stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@

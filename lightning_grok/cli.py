@@ -19,13 +19,17 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_grok.assumptions import assumptions_markdown
 from lightning_grok.data import DataMismatchError, XORClusterDataModule, check_data_settings
-from lightning_grok.model import DivergenceError, XORNetwork, check_model_settings
+from lightning_grok.model import DivergenceError, XORNetwork, check_model_settings, check_process_count
 from lightning_grok.progress import GDProgressBar
 from probes.snapshot import ProbeAccessError
 
 # During fit the module measures the test split on its own step schedule, so the
 # data module gives the validation loop no batches, which Lightning warns about.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+# Lightning recommends sync_dist=True for values logged at epoch end on several
+# processes. The logged values are already equal on every process: the module sums
+# its loss and accuracy counts over processes, and the probes measure the full data.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True")
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -103,17 +107,29 @@ class GrokCLI(LightningCLI):
             _exit_with_usage_error(
                 self.parser, f"trainer.max_steps must be an integer >= 1 (the number of GD steps), got {max_steps}"
             )
+        self._check_process_count()
         self._check_checkpoint_fits_model()
         self._report_assumptions()
 
     def before_validate(self) -> None:
+        self._check_process_count()
         self._check_checkpoint_fits_model()
 
     def before_test(self) -> None:
+        self._check_process_count()
         self._check_checkpoint_fits_model()
 
     def before_predict(self) -> None:
+        self._check_process_count()
         self._check_checkpoint_fits_model()
+
+    def _check_process_count(self) -> None:
+        # The module checks this in setup too, but by then the DDP strategy has
+        # started the other processes, and each of them would end with a traceback.
+        try:
+            check_process_count(self.model, self.trainer.world_size)
+        except ValueError as error:
+            _exit_with_usage_error(self.parser, str(error))
 
     def _parse_ckpt_path(self) -> None:
         # NOTE: overrides a private LightningCLI method (lightning 2.6), the first

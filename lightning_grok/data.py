@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from einops import rearrange
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_grok.validation import check_finite, check_range
 
@@ -145,7 +145,8 @@ class XORClusterDataModule(pl.LightningDataModule):
     in ``{-1, +1}``.
 
     The training dataloader yields the same full batch, a dict of the training
-    and test tensors, once per GD step, with no collation.
+    and test tensors, once per GD step, with no collation. Under data parallelism
+    each process gets its own shard of the points; see :meth:`full_batch`.
 
     Args:
         input_dim: the input dimension ``p``; at least 2, for two orthogonal means.
@@ -255,15 +256,42 @@ class XORClusterDataModule(pl.LightningDataModule):
             )
 
     def full_batch(self) -> dict[str, Tensor]:
-        """Return the training and test tensors as one batch, keyed as the module expects."""
+        """Return this process's training and test points as one batch, keyed as the module expects.
+
+        On one process the batch contains the attributes themselves. Under data
+        parallelism on ``W`` processes, process ``r`` gets points ``r, r + W, r + 2W, ...``
+        of each split, and the batch adds ``train_index`` and ``test_index``, the
+        positions of its points in the attributes. The attributes stay whole on
+        every process, so the probes measure the full data.
+        """
+        rank, world_size = self._process_rank()
+        if world_size == 1:
+            return {
+                "train_inputs": self.train_inputs,
+                "train_labels": self.train_labels,
+                "flip_mask": self.flip_mask,
+                "test_inputs": self.test_inputs,
+                "test_labels": self.test_labels,
+                "test_noisy_labels": self.test_noisy_labels,
+            }
+
+        shard = slice(rank, None, world_size)  # strided views, no copies
         return {
-            "train_inputs": self.train_inputs,
-            "train_labels": self.train_labels,
-            "flip_mask": self.flip_mask,
-            "test_inputs": self.test_inputs,
-            "test_labels": self.test_labels,
-            "test_noisy_labels": self.test_noisy_labels,
+            "train_inputs": self.train_inputs[:, shard],
+            "train_labels": self.train_labels[:, shard],
+            "flip_mask": self.flip_mask[:, shard],
+            "train_index": torch.arange(self.num_train)[shard],
+            "test_inputs": self.test_inputs[:, shard],
+            "test_labels": self.test_labels[:, shard],
+            "test_noisy_labels": self.test_noisy_labels[:, shard],
+            "test_index": torch.arange(self.num_test)[shard],
         }
+
+    def _process_rank(self) -> tuple[int, int]:
+        """Return ``(global_rank, world_size)`` of this process, ``(0, 1)`` without a trainer."""
+        if self.trainer is None:
+            return 0, 1
+        return int(self.trainer.global_rank), int(self.trainer.world_size)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         # Every GD step gets the same full batch, so it is copied to an accelerator once.
@@ -278,20 +306,28 @@ class XORClusterDataModule(pl.LightningDataModule):
         # One item per GD step of the whole run, so a single epoch spans the run
         # and the progress bar counts GD steps.
         num_steps = max(int(self.trainer.max_steps), 1) if self.trainer is not None else 1
-        return _full_batch_loader(self.full_batch(), num_steps)
+        return _full_batch_loader(self.full_batch(), num_steps, self._process_rank()[1])
 
     def val_dataloader(self) -> DataLoader | list:
         if self.trainer is not None and self.trainer.state.fn == "fit":
             return []  # during fit the module measures the test split on its own step schedule
-        return _full_batch_loader(self.full_batch(), 1)
+        return _full_batch_loader(self.full_batch(), 1, self._process_rank()[1])
 
     def test_dataloader(self) -> DataLoader:
-        return _full_batch_loader(self.full_batch(), 1)
+        return _full_batch_loader(self.full_batch(), 1, self._process_rank()[1])
 
 
-def _full_batch_loader(batch: dict[str, Tensor], length: int) -> DataLoader:
+def _full_batch_loader(batch: dict[str, Tensor], length: int, world_size: int = 1) -> DataLoader:
     # batch_size=None turns off collation: the loader hands out the stored tensors as they are.
-    return DataLoader(_RepeatedBatch(batch, length), batch_size=None, shuffle=False, num_workers=0)
+    dataset = _RepeatedBatch(batch, length)
+    if world_size == 1:
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+    # The batch is already this process's shard, so every process must see all
+    # `length` items. Lightning splits the items of a loader between processes
+    # unless its sampler is a DistributedSampler, and a sampler over one replica
+    # yields every item.
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
 
 
 def _precision_dtype(trainer: "pl.Trainer | None") -> torch.dtype:

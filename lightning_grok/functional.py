@@ -9,7 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import einsum
+from einops import einsum, rearrange
 from torch import Tensor
 
 
@@ -42,17 +42,23 @@ def network_outputs(preactivations: Tensor, output_weights: Tensor) -> Tensor:
     return einsum(output_weights, torch.relu(preactivations), "s m, s m n -> s n")
 
 
-def logistic_loss(outputs: Tensor, labels: Tensor) -> Tensor:
-    """Compute the mean logistic loss ``(1/N) sum_i log(1 + exp(-y_i f(x_i)))`` of each member.
+def logistic_loss(outputs: Tensor, labels: Tensor, num_points: int | None = None) -> Tensor:
+    """Compute the mean logistic loss ``(1/n) sum_i log(1 + exp(-y_i f(x_i)))`` of each member.
 
     Args:
         outputs: ``(S, N)``, the values ``f(x_i)``.
         labels: ``(S, N)`` in ``{-1, +1}``.
+        num_points: the ``n`` of the mean; ``N`` if ``None``. Under data
+            parallelism, the total over all processes, so that the values of the
+            processes sum to the mean over all points.
 
     Returns:
         ``(S,)``.
     """
-    return F.softplus(-labels * outputs).mean(dim=-1)
+    losses = F.softplus(-labels * outputs)
+    if num_points is None:
+        return losses.mean(dim=-1)
+    return losses.sum(dim=-1) / num_points
 
 
 def output_gradient(outputs: Tensor, labels: Tensor, num_points: int) -> Tensor:
@@ -68,18 +74,28 @@ def output_gradient(outputs: Tensor, labels: Tensor, num_points: int) -> Tensor:
     return -labels * torch.sigmoid(-labels * outputs) / num_points
 
 
-def preactivation_gradient(preactivations: Tensor, output_weights: Tensor, output_grad: Tensor) -> Tensor:
+def preactivation_gradient(
+    preactivations: Tensor, output_weights: Tensor, output_grad: Tensor, out: Tensor | None = None
+) -> Tensor:
     """Compute ``G = dL/dZ`` with ``G_ji = a_j relu'(z_ji) dL/df(x_i)`` and ``relu'(0) = 0``.
 
     The gradient of the loss in the hidden weights is then ``dL/dW = G X``.
+    Since ``relu'(z) = relu'(relu(z))``, rectified preactivations give the same ``G``.
 
     Args:
         preactivations: ``(S, m, N)``.
         output_weights: ``(S, m)``.
         output_grad: ``(S, N)``, from :func:`output_gradient`.
+        out: an ``(S, m, N)`` tensor to write ``G`` into, which may be
+            ``preactivations`` itself; a new tensor if ``None``.
 
     Returns:
         ``(S, m, N)``.
     """
-    active = (preactivations > 0).to(preactivations.dtype)
-    return einsum(output_weights, active, output_grad, "s m, s m n, s n -> s m n")
+    # G is built in place in one float tensor, the mask relu'(z) = [z > 0] first.
+    # At the paper's size a new (S, m, N) tensor took longer to allocate and first
+    # touch than the arithmetic written into it (benchmarks/overhead.py).
+    gradient = torch.empty_like(preactivations) if out is None else out
+    torch.gt(preactivations, 0, out=gradient)
+    gradient.mul_(rearrange(output_weights, "s m -> s m 1"))
+    return gradient.mul_(rearrange(output_grad, "s n -> s 1 n"))

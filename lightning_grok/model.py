@@ -68,11 +68,29 @@ def check_model_settings(
         raise ValueError(f"model.test_schedule must be 'every' or 'log', got {test_schedule!r}")
 
 
+def check_process_count(model: "XORNetwork", world_size: int) -> None:
+    """Raise ``ValueError`` if ``model`` cannot train on ``world_size`` processes.
+
+    The CLI calls this before training so that the message is a usage error;
+    :meth:`XORNetwork.setup` calls it too.
+    """
+    if world_size > 1 and not model.supports_data_parallel:
+        raise ValueError(
+            f"{type(model).__name__} supports one process only, but the trainer runs {world_size} processes "
+            "(trainer.devices times trainer.num_nodes). Run it with --trainer.devices 1, "
+            "or use lightning_grok.DenseXORNetwork for data-parallel training"
+        )
+
+
 class XORNetwork(pl.LightningModule):
     """Shared logic of ``S`` networks ``f(x) = sum_j a_j relu(<w_j, x>)`` trained by full-batch GD.
 
     Subclasses provide :meth:`split_outputs` and :meth:`gd_step`. A batch is the
-    dict that :meth:`XORClusterDataModule.full_batch` returns.
+    dict that :meth:`XORClusterDataModule.full_batch` returns. Under data
+    parallelism it contains this process's shard of the points, the loss that
+    ``gd_step`` returns is the mean over the points of all processes, and the
+    accuracy counts are summed over processes. A subclass that cannot train on
+    shards sets :attr:`supports_data_parallel` to ``False``.
 
     Args:
         input_dim: the input dimension ``p``; linked from ``data.input_dim`` by the CLI.
@@ -90,6 +108,9 @@ class XORNetwork(pl.LightningModule):
             ``<tag>_seed<s>`` beside the median and quantiles, for the module's
             metrics and for the probes.
     """
+
+    supports_data_parallel = True
+    """``True`` if the module trains correctly on several processes that each get a shard of the points."""
 
     def __init__(
         self,
@@ -165,6 +186,9 @@ class XORNetwork(pl.LightningModule):
 
     # ---- training ------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        check_process_count(self, self.trainer.world_size)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         step = self.global_step  # the weights are W(step) until gd_step returns
         # A run resumed from a checkpoint starts at a step that was logged before it stopped.
@@ -237,7 +261,7 @@ class XORNetwork(pl.LightningModule):
     @torch.no_grad()
     def _measure_and_log(self, batch: dict[str, Tensor], on_step: bool) -> None:
         train_outputs = self.split_outputs(batch, "train")
-        loss = logistic_loss(train_outputs, batch["train_labels"])
+        loss = self._sum_over_processes(self._loss_share(train_outputs, batch["train_labels"]))
         test_outputs = self.split_outputs(batch, "test")
         self._log_measurements(batch, self.global_step, train_outputs, loss, test_outputs, on_step=on_step)
 
@@ -281,6 +305,28 @@ class XORNetwork(pl.LightningModule):
         metric.reset()
         return accuracy
 
+    # ---- data parallelism ----------------------------------------------------------------
+
+    def _loss_share(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        """Return this process's share ``(S,)`` of the mean logistic loss over the points of all processes.
+
+        The share is the sum of the losses of this process's points divided by
+        the number of points of all processes, so the shares sum to the mean. On
+        one process it is the mean itself.
+        """
+        if self.trainer.world_size == 1:
+            return logistic_loss(outputs, labels)
+        local_count = torch.tensor(float(labels.shape[-1]), dtype=torch.float64, device=outputs.device)
+        total_count = int(self._sum_over_processes(local_count).item())
+        return logistic_loss(outputs, labels, num_points=total_count)
+
+    def _sum_over_processes(self, values: Tensor) -> Tensor:
+        """Return the sum of ``values`` over all processes, detached; ``values`` itself on one process."""
+        if self.trainer.world_size == 1:
+            return values
+        # The strategy reduces in place, so it gets a copy.
+        return self.trainer.strategy.reduce(values.detach().clone(), reduce_op="sum")
+
 
 class DenseXORNetwork(XORNetwork):
     """The reference parametrization: ``W`` is an ``(S, m, p)`` parameter stepped by ``torch.optim.SGD``.
@@ -303,8 +349,12 @@ class DenseXORNetwork(XORNetwork):
 
     def split_outputs(self, batch: dict[str, Tensor], split: str) -> Tensor:
         if split == "test" and self._snapshot is not None and self._snapshot[0] == self.global_step:
-            # The probes measured these weights already: reuse their pass over the test set.
-            return network_outputs(self._snapshot[1].test_preactivations, self.output_weight)
+            # The probes measured these weights already: reuse their pass over the test set,
+            # restricted to this process's test points under data parallelism.
+            preactivations = self._snapshot[1].test_preactivations
+            if "test_index" in batch:
+                preactivations = preactivations[..., batch["test_index"].to(preactivations.device)]
+            return network_outputs(preactivations, self.output_weight)
         return self(batch[f"{split}_inputs"])
 
     @torch.no_grad()
@@ -335,12 +385,16 @@ class DenseXORNetwork(XORNetwork):
     def gd_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         optimizer = self.optimizers()
         outputs = self(batch["train_inputs"])
-        loss = logistic_loss(outputs, batch["train_labels"])  # (S,)
+        loss_share = self._loss_share(outputs, batch["train_labels"])  # (S,)
+
         # Members are independent, so the sum of their losses gives each member its own gradient.
+        # Under data parallelism DistributedDataParallel averages the gradients of the
+        # processes during manual_backward, so each process scales its share by the
+        # number of processes for the average to be the gradient of the mean loss.
         optimizer.zero_grad()
-        self.manual_backward(loss.sum())
+        self.manual_backward(loss_share.sum() * self.trainer.world_size)
         optimizer.step()
-        return outputs.detach(), loss.detach()
+        return outputs.detach(), self._sum_over_processes(loss_share.detach())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.hidden_weight], lr=self.lr, momentum=0.0, weight_decay=0.0)
