@@ -239,17 +239,14 @@ def span_module(num_seeds: int, seed: int = 0) -> tuple[SpanXORNetwork, dict[str
     return module, {"train_labels": labels}
 
 
-def time_span_step(num_seeds: int, repeats: int) -> list[float]:
-    """Return the wall time of each of ``repeats`` span GD steps, after two warm-up steps."""
-    module, batch = span_module(num_seeds)
-    for _ in range(2):
-        module.gd_step(batch)
+def time_span_steps(module: SpanXORNetwork, batch: dict[str, Tensor], repeats: int) -> float:
+    """Return the median wall time of ``repeats`` span GD steps."""
     durations = []
     for _ in range(repeats):
         start = time.perf_counter()
         module.gd_step(batch)
         durations.append(time.perf_counter() - start)
-    return durations
+    return statistics.median(durations)
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -260,12 +257,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the plain loop and both fit variants")
     parser.add_argument("--max-steps", type=int, default=200, help="GD steps of each base run")
     parser.add_argument("--span-seeds", type=int, default=100, help="S of the span step")
-    parser.add_argument("--span-repeats", type=int, default=10, help="timed span steps")
-    parser.add_argument("--matmul-repeats", type=int, default=5, help="timed matmuls")
+    parser.add_argument("--span-rounds", type=int, default=5, help="rounds of matmuls and span steps")
+    parser.add_argument("--span-steps", type=int, default=3, help="timed span steps per round")
+    parser.add_argument("--matmuls", type=int, default=2, help="timed matmuls per round")
+    parser.add_argument("--skip-fit", action="store_true", help="measure only the span step (figure 3)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.skip_fit:
+        report_fit_ratios(args.rounds, args.max_steps)
+    report_span_step(args.span_seeds, args.span_rounds, args.span_steps, args.matmuls)
 
-    times = compare_with_fit(args.rounds, args.max_steps)
+
+def report_fit_ratios(rounds: int, max_steps: int) -> None:
+    """Print figures 1 and 2."""
+    times = compare_with_fit(rounds, max_steps)
     plain = times["plain"]
     ratios = {}
     for variant in ("probes off", "base probes"):
@@ -278,29 +283,34 @@ def main() -> None:
             f"goal <= {GOALS[variant]}"
         )
 
-    # The matmul is measured before and after the span steps, so that a busy
-    # period of the machine during either lowers the limit less.
-    throughput = [matmul_throughput(MATMUL_SIZE, args.matmul_repeats)]
-    durations = time_span_step(args.span_seeds, args.span_repeats)
-    throughput.append(matmul_throughput(MATMUL_SIZE, args.matmul_repeats))
-    best_throughput = max(throughput)
 
-    matmul_flops, total_flops = span_step_flops(args.span_seeds, PAPER_SIZE["width"], PAPER_SIZE["num_train"])
-    step = statistics.median(durations)
-    limit = total_flops / best_throughput
+def report_span_step(num_seeds: int, rounds: int, steps_per_round: int, matmuls_per_round: int) -> None:
+    """Print figure 3, from rounds that each time the matmul and then a few span steps."""
+    module, batch = span_module(num_seeds)
+    for _ in range(2):
+        module.gd_step(batch)  # warm-up: allocates the workspace
+
+    matmul_flops, total_flops = span_step_flops(num_seeds, PAPER_SIZE["width"], PAPER_SIZE["num_train"])
+    ratios, matmul_only_ratios = [], []
+    for round_index in range(rounds):
+        throughput = matmul_throughput(MATMUL_SIZE, matmuls_per_round)
+        step = time_span_steps(module, batch, steps_per_round)
+        ratios.append(step / (total_flops / throughput))
+        matmul_only_ratios.append(step / (matmul_flops / throughput))
+        print(
+            f"round {round_index}: float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul {throughput / 1e9:.1f} Gflop/s "
+            f"(best of {matmuls_per_round}); span gd_step {step * 1e3:.1f} ms (median of {steps_per_round}); "
+            f"ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
     print(
-        f"float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul: "
-        f"{', '.join(f'{value / 1e9:.1f}' for value in throughput)} Gflop/s (best of {args.matmul_repeats}, "
-        f"before and after the span steps)"
-    )
-    print(
-        f"span gd_step, S={args.span_seeds} m={PAPER_SIZE['width']} n={PAPER_SIZE['num_train']}: "
-        f"median {step * 1e3:.1f} ms, best {min(durations) * 1e3:.1f} ms over {args.span_repeats} steps; "
+        f"span gd_step at S={num_seeds} m={PAPER_SIZE['width']} n={PAPER_SIZE['num_train']}: "
         f"{matmul_flops / 1e9:.2f} Gflop in the C K product, {total_flops / 1e9:.2f} Gflop in all"
     )
     print(
-        f"span step time / (flop count / matmul throughput): {step / limit:.2f} counting all flop, "
-        f"{step / (matmul_flops / best_throughput):.2f} counting the C K product only; goal <= {GOALS['span step']}"
+        f"span step time / (flop count / matmul throughput): median {statistics.median(ratios):.2f} "
+        f"counting all flop (rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)}), "
+        f"{statistics.median(matmul_only_ratios):.2f} counting the C K product only; goal <= {GOALS['span step']}"
     )
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from einops import einsum
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
@@ -73,7 +72,7 @@ def build_problem(config: dict, max_steps: int | None = None) -> Problem:
     """Draw the data and ``W(0)`` that the config's ``DenseXORNetwork`` run starts from.
 
     Raises:
-        ValueError: if the config asks for an ensemble (``data.num_seeds`` above 1),
+        ValueError: if the config requests an ensemble (``data.num_seeds`` above 1),
             which this loop does not implement.
     """
     data_settings = dict(config["data"])
@@ -155,7 +154,7 @@ def train(problem: Problem, writer: SummaryWriter | None) -> tuple[Tensor, float
     optimizer = torch.optim.SGD([hidden_weight], lr=problem.lr, momentum=0.0, weight_decay=0.0)
 
     def outputs_of(inputs: Tensor) -> Tensor:
-        preactivations = einsum(hidden_weight, inputs, "s m p, s n p -> s m n")
+        preactivations = torch.matmul(hidden_weight, inputs.transpose(1, 2))  # (S, m, N)
         return network_outputs(preactivations, output_weight)  # (1, N)
 
     last_step = problem.max_steps

@@ -48,8 +48,8 @@ def sample_cluster_means(input_dim: int, mean_norm: float, generator: torch.Gene
     """
     gaussian = torch.randn(input_dim, 2, generator=generator, dtype=torch.float64)
     orthonormal, triangular = torch.linalg.qr(gaussian)
-    # QR is unique up to column signs; fixing them by diag(R) makes the pair a
-    # function of the Gaussian draw alone, hence uniform over orthonormal pairs.
+    # QR is unique up to column signs. Fixing them by diag(R) makes the pair a
+    # function of the Gaussian draw alone, so it is uniform over orthonormal pairs.
     orthonormal = orthonormal * torch.sign(torch.diagonal(triangular))
     return rearrange(orthonormal, "p k -> k p") * mean_norm
 

@@ -1,6 +1,6 @@
 """Two-layer ReLU networks trained by full-batch gradient descent, as LightningModules.
 
-:class:`XORNetwork` holds what every parametrization shares: the fixed output
+:class:`XORNetwork` contains what every parametrization shares: the fixed output
 weights, the metrics, the logging schedule and the step semantics. The value
 logged at step ``t`` describes the weights ``W(t)`` after ``t`` GD steps, and
 step 0, the initialization, is logged. A run of ``trainer.max_steps = T`` steps
@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from einops import einsum
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
@@ -23,7 +22,7 @@ from lightning_grok.functional import init_weights, logistic_loss, network_outpu
 from lightning_grok.metrics import EnsembleAccuracy
 from lightning_grok.validation import check_range
 from probes.schedule import ScheduleMode, StepSchedule
-from probes.snapshot import NetworkSnapshot, dense_snapshot
+from probes.snapshot import NetworkSnapshot, dense_snapshot, inner_products
 from probes.stats import ensemble_summary, log_ensembles
 
 # Tags shown on the progress bar; every tag is also logged to every logger.
@@ -344,7 +343,7 @@ class DenseXORNetwork(XORNetwork):
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Return the network outputs ``f(x)`` of shape ``(S, N)`` for inputs ``(S, N, p)``."""
-        preactivations = einsum(self.hidden_weight, inputs, "s m p, s n p -> s m n")
+        preactivations = inner_products(self.hidden_weight, inputs)  # (S, m, N)
         return network_outputs(preactivations, self.output_weight)
 
     def split_outputs(self, batch: dict[str, Tensor], split: str) -> Tensor:

@@ -130,7 +130,9 @@ def plane_figure(snapshot: NetworkSnapshot, data: ClusterData, step: int) -> Any
     outputs = F.plane_network_outputs(neurons.double().cpu(), output_weights.double().cpu(), grid)
     sign_image = rearrange(torch.sign(outputs[0]), "(c1 c2) -> c2 c1", c1=PLANE_GRID_SIZE)
 
-    figure = Figure(figsize=(10, 4.8), layout="constrained")
+    # Fixed margins: a constrained layout took more time than the drawing itself.
+    figure = Figure(figsize=(10, 4.8))
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.93, wspace=0.25)
     neuron_axes, data_axes = figure.subplots(1, 2)
 
     neuron_xy = neurons[0].double().cpu()

@@ -14,7 +14,7 @@ def ensemble_summary(tag: str, values: Tensor) -> dict[str, Tensor]:
     """Summarize per-seed values of one quantity as the scalars to log.
 
     A single seed is logged as its value under ``tag``. For ``S > 1`` seeds,
-    ``tag`` holds the median and ``<tag>_q20`` and ``<tag>_q80`` hold the 20% and
+    ``tag`` is the median, and ``<tag>_q20`` and ``<tag>_q80`` are the 20% and
     80% quantiles, with linear interpolation between order statistics (the
     default of ``torch.quantile`` and ``numpy.quantile``). Seeds whose value is
     NaN, such as a flipped-point accuracy with no flipped point, are left out.
@@ -60,9 +60,9 @@ def log_ensembles(
     ``EarlyStopping`` and the progress bar see them. If ``module.log_per_seed`` is
     true, each seed's value of an ensemble is logged too, as ``<tag>_seed<s>``.
 
-    Lightning's own logger step cannot serve here. It counts batches, files values
-    logged at epoch end under the last batch (so the weights after the final step
-    would share a step with the weights before it), and re-sends a value logged
+    Lightning's own logger step (Lightning 2.6) cannot serve here, for two reasons. It files values
+    logged at epoch end under the last batch, so the weights after the final step
+    would share a step with the weights before it. And it re-sends a value logged
     once at every later step of the same epoch.
 
     Args:
