@@ -18,14 +18,19 @@ def init_weights(width: int, input_dim: int, init_scale: float, generator: torch
 
     The output weights ``a_j`` are i.i.d. uniform on ``{+1/sqrt(m), -1/sqrt(m)}``
     and the hidden weights ``w_j`` are i.i.d. ``N(0, init_scale^2 I_p)``, drawn in
-    that order from ``generator`` in float64.
+    that order from ``generator``. The hidden weights are drawn in float32, which
+    was four times faster than float64 on a CPU (torch 2.13) and matters at the
+    paper's size, where 100 members draw 4e9 values. Float64 runs start from the
+    same float32 values.
 
     Returns:
-        ``(output_weights, hidden_weights)`` with shapes ``(m,)`` and ``(m, p)``.
+        ``(output_weights, hidden_weights)`` with shapes ``(m,)`` and ``(m, p)``,
+        in float64.
     """
     signs = 2.0 * torch.randint(2, (width,), generator=generator).to(torch.float64) - 1.0
     output_weights = signs / math.sqrt(width)
-    hidden_weights = init_scale * torch.randn(width, input_dim, generator=generator, dtype=torch.float64)
+    standard = torch.randn(width, input_dim, generator=generator, dtype=torch.float32)
+    hidden_weights = init_scale * standard.to(torch.float64)
     return output_weights, hidden_weights
 
 
