@@ -23,8 +23,8 @@ step 0 to the end of the last measurement, ``W(T)``, divided by ``T``; the
 set-up before it (parsing, data, ``W(0)``) is not counted. The first round also
 checks that both runs end at the same ``W(T)`` and log the same values.
 
-For 3, the step runs on synthetic ``C``, ``K`` and ``Z(0)`` of the paper's
-shapes, because computing the real ``K`` and ``Z(0)`` for 100 seeds takes
+For 3, the step runs on synthetic ``C``, ``K`` and ``Z(0)`` with the shapes of
+``configs/paper_fig1_*.yaml``, because computing the real ``K`` and ``Z(0)`` for 100 seeds takes
 minutes and does not change what a step computes.
 
 Usage: python benchmarks/overhead.py [--rounds 3] [--max-steps 200] [--span-seeds 100]
@@ -210,7 +210,7 @@ def span_step_flops(num_seeds: int, width: int, num_train: int) -> tuple[int, in
 
 
 def span_module(num_seeds: int, seed: int = 0) -> tuple[SpanXORNetwork, dict[str, Tensor]]:
-    """Build a ``SpanXORNetwork`` at the paper's size whose ``gd_step`` runs on synthetic products.
+    """Build a ``SpanXORNetwork`` at the size of ``configs/paper_fig1_*.yaml`` whose ``gd_step`` runs on synthetic products.
 
     ``K`` is a symmetric matrix with the diagonal of ``||x_i||^2 = p + ||mu||^2``
     and off-diagonal entries of the size of ``<x_i, x_k>`` for Gaussian inputs,

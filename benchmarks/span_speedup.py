@@ -1,7 +1,7 @@
 """Measure what span-parametrized GD and seed ensembles save, in one invocation.
 
 1. The median time of one GD step (``gd_step``: the gradient and the update),
-   dense against span-parametrized, at the paper's size (p = 40000, n = 200,
+   dense against span-parametrized, at the size of configs/paper_fig1_*.yaml (p = 40000, n = 200,
    m = 1000, one seed). Goal: a ratio of at least 100. The time of the whole
    training batch, with the step's metrics and logging, is printed beside it.
 2. The wall time of S sequential single-seed runs against one S-seed ensemble

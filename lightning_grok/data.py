@@ -1,10 +1,10 @@
 """Noisy XOR cluster data and the full-batch LightningDataModule that serves it.
 
-The distribution (Xu, Wang, Frei, Vardi and Hu, "Benign Overfitting and
-Grokking in ReLU Networks for XOR Cluster Data", ICLR 2024): two orthogonal
-means ``mu_1, mu_2`` in ``R^p`` of equal norm; a clean sample is a centre drawn
-uniformly from ``{+mu_1, -mu_1, +mu_2, -mu_2}`` plus noise ``xi ~ N(0, I_p)``,
-labelled +1 for the clusters ``+-mu_1`` and -1 for ``+-mu_2``. Each training
+The distribution follows Xu, Wang, Frei, Vardi and Hu, "Benign Overfitting
+and Grokking in ReLU Networks for XOR Cluster Data", ICLR 2024. Two orthogonal
+means ``mu_1, mu_2`` in ``R^p`` have equal norm. A clean sample is a centre
+drawn uniformly from ``{+mu_1, -mu_1, +mu_2, -mu_2}`` plus noise
+``xi ~ N(0, I_p)``, labelled +1 for the clusters ``+-mu_1`` and -1 for ``+-mu_2``. Each training
 label is flipped independently with probability ``eta``. Since ``x`` and ``-x``
 carry the same clean label, no linear classifier beats chance.
 """
@@ -100,7 +100,7 @@ def check_data_settings(
     """Raise ``ValueError`` naming the first data setting out of its allowed range.
 
     The CLI calls this before the model settings, so that a linked setting such
-    as ``data.num_seeds`` is reported under the name the user typed; the
+    as ``data.num_seeds`` is reported under the name the user typed. The
     constructor of :class:`XORClusterDataModule` calls it too.
     """
     check_range("data.input_dim", input_dim, minimum=2, integer=True)
@@ -133,7 +133,7 @@ class XORClusterDataModule(pl.LightningDataModule):
     """Noisy XOR clusters for full-batch gradient descent, for ``S`` ensemble members.
 
     Member ``s`` of the ensemble draws its data from seed ``seed + s``, so member
-    ``s`` of an ensemble sees the same data as a single run with that seed. The
+    ``s`` of an ensemble trains on the same data as a single run with that seed. The
     data are drawn in float64 and stored in float64 under ``--trainer.precision
     64-true``, in float32 otherwise.
 

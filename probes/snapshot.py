@@ -188,8 +188,8 @@ class ProbeAccess:
 
     The defaults fit ``lightning_grok``. If the module has a method named
     ``snapshot_method``, the probe calls it for the :class:`NetworkSnapshot` and
-    ignores ``hidden_weight`` and ``output_weight``; set it to ``None`` to always
-    read the weights.
+    ignores ``hidden_weight`` and ``output_weight``, so a wrong path there is not
+    reported. Set ``snapshot_method`` to ``None`` to always read the weights.
 
     Attributes:
         hidden_weight: ``(S, m, p)`` or ``(m, p)``, the first-layer weights.
